@@ -1,0 +1,3 @@
+"""Imports every module that registers models, so the registry is complete on first use."""
+
+from medpipe.models import classifiers  # noqa: F401
