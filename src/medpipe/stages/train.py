@@ -1,0 +1,98 @@
+"""``medpipe train``: fit the configured task and keep the best checkpoint by validation score."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from medpipe.checkpointing import AtomicCheckpointIO
+from medpipe.data.registry import build_datamodule
+from medpipe.errors import ConfigError
+from medpipe.loggers import build_loggers
+from medpipe.tasks.classification import ClassificationTask
+
+log = logging.getLogger(__name__)
+
+
+def balanced_class_weights(labels: Any, num_classes: int) -> list[float]:
+    """sklearn's 'balanced' weights n / (k * count_c) from the training labels."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes).astype(float)
+    if (counts == 0).any():
+        raise ConfigError("task.class_weights=balanced: a class has no training sample")
+    return (counts.sum() / (num_classes * counts)).tolist()
+
+
+def build_task(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
+    """The LightningModule for ``cfg`` and the DataModule's task type / classes / channels."""
+    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
+    assert isinstance(task_cfg, dict)
+    weights = task_cfg.get("class_weights")
+    if weights == "balanced":
+        dm.setup("fit")
+        weights = balanced_class_weights(dm.datasets["train"].labels, dm.num_classes)
+    elif isinstance(weights, str):
+        raise ConfigError(f"task.class_weights={weights!r}: use null, balanced, or a list")
+    return ClassificationTask(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        task_type=dm.task_type,
+        num_classes=dm.num_classes,
+        in_channels=dm.channels,
+        optimizer=task_cfg.get("optimizer"),
+        scheduler=task_cfg.get("scheduler"),
+        class_weights=weights,
+        class_names=list(dm.class_names),
+        threshold=float(task_cfg.get("threshold", 0.5)),
+    )
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.models) / str(cfg.name)
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any] | bool) -> L.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    assert isinstance(trainer_cfg, dict)
+    try:
+        return L.Trainer(
+            **trainer_cfg,
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[AtomicCheckpointIO()],
+            default_root_dir=str(checkpoint_dir(cfg)),
+        )
+    except (TypeError, ValueError) as exc:  # unknown or invalid trainer.* option
+        raise ConfigError(f"bad trainer option: {exc}") from exc
+
+
+def run(cfg: DictConfig) -> Path:
+    """Train; returns the path of the best checkpoint (``models/<name>/best.ckpt``)."""
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm = build_datamodule(cfg.data)
+    task = build_task(cfg, dm)
+    ckpt_dir = checkpoint_dir(cfg)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor=str(cfg.task.get("monitor", "val/roc_auc")),
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    loggers = build_loggers(cfg)
+    callbacks: list[Any] = [checkpoint, RichProgressBar()]
+    if loggers:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer = build_trainer(cfg, callbacks, loggers or False)
+    trainer.fit(task, datamodule=dm)
+    best = ckpt_dir / "best.ckpt"
+    if not best.is_file():  # e.g. limit_val_batches=0: fall back to the last weights
+        trainer.save_checkpoint(best)
+    log.info("best checkpoint: %s (%s=%s)", best, checkpoint.monitor, checkpoint.best_model_score)
+    return best
