@@ -37,16 +37,63 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint to evaluate (default models/<name>/best.ckpt)")
 
 
+def _predict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="checkpoint to use (default models/<name>/best.ckpt)")
+    p.add_argument("--split", default="test", help="split to predict (default: test)")
+    p.add_argument("--output", help="output folder (default predictions/<name>/)")
+
+
+def _submit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--competition", required=True, help="Kaggle competition slug")
+    p.add_argument("--file", required=True, help="submission CSV to send")
+    p.add_argument("--message", required=True, help="submission message")
+    p.add_argument("--sample-submission", help="sample_submission.csv to validate against")
+    p.add_argument("--dry-run", action="store_true", help="validate and show what would be sent")
+
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint to export (e.g. models/<name>/best.ckpt)")
+    p.add_argument(
+        "--format", default="onnx", choices=["onnx", "torchscript"], help="export format"
+    )
+    p.add_argument("--output", help="output file (default beside the checkpoint)")
+    p.add_argument(
+        "--input-size", type=int, help="input height/width (default from the checkpoint)"
+    )
+
+
 COMMANDS: dict[str, Command] = {
     "config": Command("medpipe.stages.show_config", "print the composed, resolved config (YAML)"),
     "fetch": Command(
         "medpipe.stages.fetch", "fetch data/raw/<dataset> from upstream or a mirror", _fetch_options
+    ),
+    "prepare": Command(
+        "medpipe.stages.prepare",
+        "decode raw images once into data/processed/<dataset>",
+        _fetch_options,
     ),
     "train": Command("medpipe.stages.train", "train; best checkpoint -> models/<name>/best.ckpt"),
     "evaluate": Command(
         "medpipe.stages.evaluate",
         "test metrics -> metrics/<name>.json, plots -> reports/<name>/",
         _evaluate_options,
+    ),
+    "predict": Command(
+        "medpipe.stages.predict",
+        "predictions (and Kaggle files) -> predictions/<name>/",
+        _predict_options,
+    ),
+    "submit": Command(
+        "medpipe.stages.submit",
+        "validate and submit a CSV to Kaggle",
+        _submit_options,
+        needs_config=False,
+    ),
+    "export": Command(
+        "medpipe.stages.export",
+        "export a checkpoint to ONNX or TorchScript",
+        _export_options,
+        needs_config=False,
     ),
 }
 

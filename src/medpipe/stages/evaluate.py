@@ -1,120 +1,28 @@
 """``medpipe evaluate``: score the best checkpoint on the test split; write metrics and plots.
 
-Outputs (all written atomically):
-- ``metrics/<name>.json``: accuracy, f1, roc_auc, loss, ... and sample counts (DVC metrics);
-- ``reports/<name>/roc.csv`` and ``reports/<name>/predictions.csv`` (DVC plots: ROC curve and
-  confusion matrix), plus ``roc.png`` and ``confusion_matrix.png``.
+The stage only loads the checkpoint and the DataModule; the report itself (metrics, plots) is
+per task kind: ``medpipe.evaluation.<kind>_report.run(cfg, task, dm, checkpoint)``. Outputs:
+``metrics/<name>.json`` (DVC metrics) and ``reports/<name>/`` (DVC plots and PNGs).
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from medpipe.data.registry import build_datamodule
-from medpipe.errors import DataError
-from medpipe.evaluation import plots
-from medpipe.evaluation.metrics import MULTILABEL, classification_metrics
-from medpipe.io import write_json
+from medpipe.evaluation.inference import load_task
 from medpipe.stages.train import checkpoint_dir
-from medpipe.tasks.classification import ClassificationTask
-
-log = logging.getLogger(__name__)
-
-
-def load_task(path: Path) -> ClassificationTask:
-    if not path.is_file():
-        raise DataError(
-            f"checkpoint {path} does not exist; run `medpipe train` (or `dvc repro`) first."
-        )
-    return ClassificationTask.load_from_checkpoint(path, map_location="cpu", weights_only=False)
-
-
-def predict(
-    task: ClassificationTask, loader: Any, accelerator: str = "cpu"
-) -> dict[str, torch.Tensor]:
-    """Logits, probabilities and targets over a whole loader, in loader order (one process)."""
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    batches = trainer.predict(task, dataloaders=loader)
-    return {k: torch.cat([b[k] for b in batches]) for k in ("logits", "probs", "target")}
+from medpipe.tasks.factory import task_kind
 
 
 def run(cfg: DictConfig, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate; returns the metrics dict written to ``metrics/<name>.json``."""
+    """Evaluate ``checkpoint`` (default ``models/<name>/best.ckpt``) on the test split."""
     ckpt = Path(checkpoint) if checkpoint else checkpoint_dir(cfg) / "best.ckpt"
-    task = load_task(ckpt)
-    task.eval()
+    task = load_task(cfg, ckpt)
     dm = build_datamodule(cfg.data)
-    dm.setup("test")
-    if dm.num_classes != task.num_classes:
-        raise DataError(
-            f"checkpoint {ckpt} was trained for {task.num_classes} classes but data={cfg.data.name} "
-            f"has {dm.num_classes}; evaluate it on the dataset it was trained on."
-        )
-    accel = "cpu" if cfg.trainer.accelerator in ("cpu", None) else "auto"
-    out = predict(task, dm.test_dataloader(), accel)
-    with torch.no_grad():
-        loss = float(task.loss(out["logits"], out["target"]))
-    metrics: dict[str, Any] = classification_metrics(
-        out["probs"],
-        out["target"],
-        task.task_type,
-        task.num_classes,
-        threshold=task.hparams.threshold,
-    )
-    metrics["loss"] = loss
-    sizes = dm.split_sizes()
-    metrics.update({f"n_{k}": int(v) for k, v in sizes.items()})
-    metrics = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in metrics.items()}
-
-    name = str(cfg.name)
-    write_json(Path(cfg.paths.metrics) / f"{name}.json", metrics)
-    _write_plots(Path(cfg.paths.reports) / name, out, task, list(dm.class_names), name)
-    log.info(
-        "test metrics for %s: %s",
-        name,
-        {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)},
-    )
-    return metrics
-
-
-def _write_plots(
-    report_dir: Path,
-    out: dict[str, torch.Tensor],
-    task: ClassificationTask,
-    names: list[str],
-    title: str,
-) -> None:
-    probs, target = out["probs"].numpy(), out["target"].numpy()
-    rows = plots.roc_points(probs, target, task.task_type, names)
-    plots.write_csv(report_dir / "roc.csv", rows, ["class", "fpr", "tpr", "threshold"])
-    if rows:
-        plots.save_roc_png(report_dir / "roc.png", rows, f"ROC: {title}")
-    if task.task_type == MULTILABEL:
-        return  # a confusion matrix is not defined for multi-label outputs
-    if task.task_type == "binary-class":
-        pred = (probs >= task.hparams.threshold).astype(int)
-    else:
-        pred = probs.argmax(axis=1)
-    pairs = [
-        {"actual": names[int(a)], "predicted": names[int(p)]}
-        for a, p in zip(target, pred, strict=True)
-    ]
-    plots.write_csv(report_dir / "predictions.csv", pairs, ["actual", "predicted"])
-    matrix = np.zeros((len(names), len(names)), dtype=int)
-    np.add.at(matrix, (target.astype(int), pred.astype(int)), 1)
-    plots.save_confusion_png(
-        report_dir / "confusion_matrix.png", matrix, names, f"Confusion: {title}"
-    )
+    report = importlib.import_module(f"medpipe.evaluation.{task_kind(cfg)}_report")
+    return report.run(cfg, task, dm, ckpt)

@@ -14,42 +14,9 @@ from medpipe.checkpointing import AtomicCheckpointIO
 from medpipe.data.registry import build_datamodule
 from medpipe.errors import ConfigError
 from medpipe.loggers import build_loggers
-from medpipe.tasks.classification import ClassificationTask
+from medpipe.tasks.factory import build_task
 
 log = logging.getLogger(__name__)
-
-
-def balanced_class_weights(labels: Any, num_classes: int) -> list[float]:
-    """sklearn's 'balanced' weights n / (k * count_c) from the training labels."""
-    import numpy as np
-
-    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes).astype(float)
-    if (counts == 0).any():
-        raise ConfigError("task.class_weights=balanced: a class has no training sample")
-    return (counts.sum() / (num_classes * counts)).tolist()
-
-
-def build_task(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
-    """The LightningModule for ``cfg`` and the DataModule's task type / classes / channels."""
-    task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
-    assert isinstance(task_cfg, dict)
-    weights = task_cfg.get("class_weights")
-    if weights == "balanced":
-        dm.setup("fit")
-        weights = balanced_class_weights(dm.datasets["train"].labels, dm.num_classes)
-    elif isinstance(weights, str):
-        raise ConfigError(f"task.class_weights={weights!r}: use null, balanced, or a list")
-    return ClassificationTask(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        task_type=dm.task_type,
-        num_classes=dm.num_classes,
-        in_channels=dm.channels,
-        optimizer=task_cfg.get("optimizer"),
-        scheduler=task_cfg.get("scheduler"),
-        class_weights=weights,
-        class_names=list(dm.class_names),
-        threshold=float(task_cfg.get("threshold", 0.5)),
-    )
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
