@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests never reach a model hub: fail fast instead of retrying against an unreachable network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 def mirror_root() -> Path:
     """``$MEDPIPE_DATA_MIRROR`` (as CI sets it) or ``../shared/data`` beside the checkout."""

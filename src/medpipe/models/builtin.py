@@ -3,5 +3,6 @@
 from medpipe.models import (
     backbones,  # noqa: F401
     classifiers,  # noqa: F401
+    segmentation,  # noqa: F401  (issue 4: U-Net)
     tiramisu,  # noqa: F401
 )

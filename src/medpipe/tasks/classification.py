@@ -3,18 +3,30 @@
 The task never imports a concrete model: it builds ``model.name`` through the registry. The loss
 follows the dataset's task type (cross-entropy for multi-class/ordinal, BCE-with-logits for binary
 and multi-label) with optional class weights.
+
+Transfer learning (models offering a backbone/head split, e.g. ``model.name=timm``) follows
+``model.finetune``: ``linear_probe`` optimises the head only (backbone frozen, its BatchNorm in
+eval mode), ``finetune`` trains everything with the backbone at ``lr * model.backbone_lr_mult``,
+and ``gradual`` adds a :class:`~medpipe.models.finetuning.GradualUnfreeze` callback through
+``configure_callbacks`` that unfreezes the backbone at ``model.unfreeze_at_epoch``. For
+ImageNet-pretrained weights :func:`build` makes the task re-normalise its inputs from the
+DataModule's mean/std to ImageNet's, inside ``forward``, so the checkpoint, ``evaluate``,
+``predict`` and exported models all see what the weights expect.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch import Callback
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim import Optimizer
 
 from medpipe.errors import ConfigError
 from medpipe.evaluation.metrics import (
@@ -24,8 +36,12 @@ from medpipe.evaluation.metrics import (
     logits_to_probs,
     num_outputs,
 )
+from medpipe.models.finetuning import GradualUnfreeze, finetune_param_groups
 from medpipe.models.registry import build_model
+from medpipe.models.weights import imagenet_normalization, implies_imagenet_normalization
 from medpipe.tasks.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 TASK_TYPES = ("binary-class", "multi-class", "multi-label", "ordinal-regression")
 
@@ -50,6 +66,59 @@ def build_loss(
     return nn.CrossEntropyLoss(weight=w)
 
 
+def renormalization(
+    from_mean: Sequence[float],
+    from_std: Sequence[float],
+    to_mean: Sequence[float],
+    to_std: Sequence[float],
+    channels: int,
+) -> dict[str, list[float]]:
+    """Per-channel ``scale``/``shift`` so that ``x * scale + shift`` re-normalises a batch.
+
+    ``x = (p - from_mean) / from_std`` becomes ``(p - to_mean) / to_std``. A 1-channel input
+    gets the mean of the RGB statistics (its stem sums the RGB weights, so a grey image behaves
+    like the same grey replicated to RGB); other channel counts cycle through them.
+    """
+
+    def per_channel(values: Sequence[float]) -> list[float]:
+        values = [float(v) for v in values]
+        if len(values) == channels:
+            return values
+        if channels == 1:
+            return [sum(values) / len(values)]
+        return [values[i % len(values)] for i in range(channels)]
+
+    fm, fs = per_channel(from_mean), per_channel(from_std)
+    tm, ts = per_channel(to_mean), per_channel(to_std)
+    return {
+        "scale": [f / t for f, t in zip(fs, ts, strict=True)],
+        "shift": [(m - n) / t for m, n, t in zip(fm, tm, ts, strict=True)],
+    }
+
+
+class ScheduledGradualUnfreeze(GradualUnfreeze):
+    """:class:`GradualUnfreeze` that also gives the new backbone group its scheduler's keys.
+
+    Schedulers such as OneCycleLR keep per-group state in the group itself (``max_lr``,
+    ``min_lr``, momentum bounds); a group added mid-training lacks them and the next step would
+    fail. They are copied from the head group, learning rates scaled by ``backbone_lr_mult``.
+    """
+
+    def finetune_function(
+        self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
+    ) -> None:
+        before = len(optimizer.param_groups)
+        super().finetune_function(pl_module, epoch, optimizer)
+        if len(optimizer.param_groups) == before:
+            return
+        first, new = optimizer.param_groups[0], optimizer.param_groups[-1]
+        for key, value in first.items():
+            if key in new or key == "params":
+                continue
+            is_lr = key.endswith("_lr") and isinstance(value, float)
+            new[key] = value * self.backbone_lr_mult if is_lr else value
+
+
 class ClassificationTask(L.LightningModule):
     """Trains ``model`` on one task type; logs accuracy, F1 and ROC-AUC per split."""
 
@@ -65,6 +134,7 @@ class ClassificationTask(L.LightningModule):
         class_weights: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         threshold: float = 0.5,
+        input_renorm: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if task_type not in TASK_TYPES:
@@ -86,8 +156,24 @@ class ClassificationTask(L.LightningModule):
         build_optimizer([nn.Parameter(torch.zeros(1))], optimizer or {})
         self.val_metrics = ClassificationMetrics(task_type, num_classes, threshold)
         self.test_metrics = ClassificationMetrics(task_type, num_classes, threshold)
+        # Transfer-learning options the model carries (TimmClassifier; None for other models).
+        self.finetune_mode: str | None = getattr(self.model, "finetune_mode", None)
+        self.renorm = input_renorm is not None
+        if input_renorm is not None:
+            shape = (1, in_channels, 1, 1)
+            for key in ("scale", "shift"):
+                values = torch.as_tensor(list(input_renorm[key]), dtype=torch.float32)
+                if values.numel() != in_channels:
+                    raise ConfigError(
+                        f"input re-normalisation needs {in_channels} {key} values, got "
+                        f"{values.numel()}"
+                    )
+                # Not persistent: recomputed from the hyper-parameters on load.
+                self.register_buffer(f"input_{key}", values.view(shape), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.renorm:
+            x = x * self.input_scale + self.input_shift
         return self.model(x)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -143,8 +229,28 @@ class ClassificationTask(L.LightningModule):
         logits = self(x)
         return {"logits": logits, "probs": logits_to_probs(logits, self.task_type), "target": y}
 
+    def _backbone_lr_mult(self) -> float:
+        mult = getattr(self.model, "backbone_lr_mult", None)
+        return 0.1 if mult is None else float(mult)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """``model.finetune=gradual`` brings its unfreezing callback along with the model."""
+        if self.finetune_mode != "gradual":
+            return []
+        at = getattr(self.model, "unfreeze_at_epoch", None)
+        return [ScheduledGradualUnfreeze(1 if at is None else int(at), self._backbone_lr_mult())]
+
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.parameters(), self.hparams.optimizer or {})
+        opt_cfg = dict(self.hparams.optimizer or {})
+        if self.finetune_mode is not None:
+            # Head at lr, backbone at lr * backbone_lr_mult; frozen parameters left out (a linear
+            # probe, or a gradual run before unfreezing, optimises the head only).
+            params: Any = finetune_param_groups(
+                self.model, float(opt_cfg.get("lr", 1e-3)), self._backbone_lr_mult()
+            )
+        else:
+            params = self.parameters()
+        optimizer = build_optimizer(params, opt_cfg)
         scheduler = build_scheduler(
             optimizer,
             self.hparams.scheduler,
@@ -174,8 +280,10 @@ def build(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
         weights = balanced_class_weights(dm.datasets["train"].labels, dm.num_classes)
     elif isinstance(weights, str):
         raise ConfigError(f"task.class_weights={weights!r}: use null, balanced, or a list")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(model_cfg, dict)
     return ClassificationTask(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model=model_cfg,
         task_type=dm.task_type,
         num_classes=dm.num_classes,
         in_channels=dm.channels,
@@ -184,7 +292,35 @@ def build(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
         class_weights=weights,
         class_names=list(dm.class_names),
         threshold=float(task_cfg.get("threshold", 0.5)),
+        input_renorm=imagenet_renorm(model_cfg, dm),
     )
+
+
+def imagenet_renorm(
+    model_cfg: Mapping[str, Any], dm: L.LightningDataModule
+) -> dict[str, list[float]] | None:
+    """Re-normalisation to ImageNet statistics when ``model.pretrained`` is ImageNet weights.
+
+    The DataModule normalises with its own ``mean``/``std`` (0.5 by default); ImageNet weights
+    expect ImageNet's, so the task converts. ``None`` for random init or a pipeline checkpoint
+    (whose run already used this data's normalisation).
+    """
+    if not implies_imagenet_normalization(model_cfg.get("pretrained")):
+        return None
+    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+    if mean is None or std is None:
+        raise ConfigError(
+            f"model.pretrained={model_cfg.get('pretrained')!r} needs ImageNet normalisation, but "
+            f"the DataModule {type(dm).__name__} exposes no mean/std to convert from"
+        )
+    to_mean, to_std = imagenet_normalization()
+    renorm = renormalization(mean, std, to_mean, to_std, int(dm.channels))
+    log.info(
+        "ImageNet-pretrained backbone: inputs re-normalised from data mean/std %s/%s to ImageNet's",
+        list(mean),
+        list(std),
+    )
+    return renorm
 
 
 TASK_CLASS = ClassificationTask

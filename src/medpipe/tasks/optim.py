@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
 from medpipe.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 SCHEDULERS = ("none", "cosine", "onecycle", "step", "plateau")
@@ -54,13 +57,20 @@ def build_scheduler(
             "interval": "epoch",
         }
     if name == "onecycle":
+        pct_start = float(cfg.get("pct_start", 0.25))
+        if pct_start * total_steps < 2 or (1 - pct_start) * total_steps < 2:
+            # OneCycleLR divides by (steps in a phase - 1): a tiny smoke-test run has too few steps.
+            log.warning(
+                "scheduler=onecycle needs more steps than %d; using a constant LR", total_steps
+            )
+            return None
         max_lrs = [g["lr"] for g in optimizer.param_groups]
         return {
             "scheduler": sched.OneCycleLR(
                 optimizer,
                 max_lr=max_lrs,
                 total_steps=max(1, total_steps),
-                pct_start=float(cfg.get("pct_start", 0.25)),
+                pct_start=pct_start,
             ),
             "interval": "step",
         }

@@ -1,0 +1,1 @@
+"""Lightning callbacks used by the tasks (added through ``LightningModule.configure_callbacks``)."""
