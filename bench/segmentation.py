@@ -4,7 +4,7 @@
         [--budget-min 15] [--only lgg_unet] [hydra overrides for every run...]
 
 Runs `medpipe fetch/train/evaluate experiment=<name>` as a user would (subprocesses, the real
-CLI), with outputs under bench/results/segmentation/ so DVC's outputs are untouched. Each
+CLI), with data and outputs under bench/results/segmentation/ so DVC's outputs are untouched. Each
 experiment gets a wall-clock budget (default 15 minutes for training and evaluation together;
 training stops at `trainer.max_time` = budget minus a reserve for evaluation, or at its epoch
 limit). LGG is split by patient; Dice is reported on tumour slices (`dice_positive`) and on all
@@ -26,9 +26,10 @@ import time
 from pathlib import Path
 
 # experiment -> extra overrides for the quality run (on top of conf/experiment/<name>.yaml)
+# (epochs chosen to fit 15 minutes on a shared 2-core CPU; trainer.max_time is the hard stop)
 EXPERIMENTS: dict[str, list[str]] = {
     "lgg_unet": ["trainer.max_epochs=60"],
-    "lgg_tiramisu": ["trainer.max_epochs=60"],
+    "lgg_tiramisu": ["trainer.max_epochs=18"],
     "busi_unet": ["trainer.max_epochs=60"],
 }
 OUT = Path("bench/results/segmentation")
@@ -67,6 +68,8 @@ def main() -> int:
     }
     OUT.mkdir(parents=True, exist_ok=True)
     common = [
+        f"paths.raw={OUT}/raw",
+        f"paths.processed={OUT}/processed",
         f"paths.models={OUT}/models",
         f"paths.metrics={OUT}/metrics",
         f"paths.reports={OUT}/reports",
