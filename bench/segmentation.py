@@ -11,7 +11,7 @@ limit). LGG is split by patient; Dice is reported on tumour slices (`dice_positi
 test slices (`dice`, where a tumour-free slice predicted empty scores 1). BUSI reports Dice on
 lesion images next to the empty-mask specificity (normal images predicted empty).
 Figures are printed, never asserted. The published anchor for LGG is mean Dice 0.82 (Buda et al.
-2019, 110 patients, per-volume Dice); here only 13 patients are available.
+2019, all 110 patients); here only 13 patients are available.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> int:
             f"{fmt(m.get('dice'))} | {fmt(m.get('iou'))} | {fmt(m.get('empty_specificity'))} | "
             f"{m.get('n_positive')} / {m.get('n_empty')} |"
         )
-    print("| Buda et al. 2019 (110 patients, GPU, per-volume) | | | 0.82 | | | | |")
+    print("| Buda et al. 2019 (110 patients) | | | 0.82 | | | | |")
     lgg = next((m for n, m, *_ in rows if n == "lgg_unet"), None)
     if lgg is not None and lgg.get("dice_positive") is not None:
         met = lgg["dice_positive"] >= 0.70

@@ -449,3 +449,20 @@ def test_other_transforms_fall_back_to_albumentations(tmp_path: Path) -> None:
     assert isinstance(dm.train_augment, A.Compose)
     dm = _dm(tmp_path, train_augment=[{"name": "HorizontalFlip", "p": 0.5}])
     assert isinstance(dm.train_augment, malaria.BatchDihedral)
+
+
+def test_albumentations_augmentation_repeats_for_a_seed(tmp_path: Path) -> None:
+    import lightning as L
+
+    images = np.random.default_rng(0).integers(0, 255, (16, 8, 8, 3), dtype=np.uint8)
+    dm = _dm(tmp_path, train_augment=[{"name": "RandomBrightnessContrast", "p": 1.0}])
+
+    def draw(seed: int) -> torch.Tensor:
+        L.seed_everything(seed, verbose=False)
+        ds = CachedImageDataset(
+            images, np.zeros(16, dtype=np.int64), mean=(0.5,) * 3, std=(0.5,) * 3,
+            augment=dm.train_augment,
+        )  # fmt: skip
+        return ds.__getitems__(list(range(16)))[0]
+
+    assert torch.equal(draw(3), draw(3)) and not torch.equal(draw(3), draw(4))

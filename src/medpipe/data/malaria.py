@@ -383,6 +383,7 @@ class CachedImageDataset(Dataset):
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got {images.shape}")
         self.images, self.labels, self.augment = images, labels, augment
+        self._seeded_pid: int | None = None
         c = images.shape[-1]
         self.mean = (np.asarray(mean, dtype=np.float32) * 255.0).reshape(1, c, 1, 1)
         self.inv_std = (1.0 / (np.asarray(std, dtype=np.float32) * 255.0)).reshape(1, c, 1, 1)
@@ -396,6 +397,11 @@ class CachedImageDataset(Dataset):
         if isinstance(self.augment, BatchDihedral):
             imgs = self.augment(imgs)
         elif self.augment is not None:
+            if self._seeded_pid != os.getpid():
+                # albumentations draws its own seed from the OS unless given one: derive it from
+                # np.random, which Lightning seeds per process and per worker, so that runs repeat.
+                self.augment.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
+                self._seeded_pid = os.getpid()
             imgs = np.stack([self.augment(image=im)["image"] for im in imgs])
         x = np.ascontiguousarray(imgs.transpose(0, 3, 1, 2)).astype(np.float32)
         x -= self.mean

@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig
 
 from medpipe.errors import ConfigError, DataError
-from medpipe.evaluation.inference import eval_accelerator, predict
+from medpipe.evaluation import tta
+from medpipe.evaluation.inference import eval_accelerator
 from medpipe.evaluation.metrics import BINARY, MULTILABEL
 from medpipe.io import atomic_open, write_json
 
@@ -119,8 +120,9 @@ def run(
     competition = hasattr(dm, "submission_dataloader")
     if competition and split != SUBMISSION_SPLIT:
         splits.append(SUBMISSION_SPLIT)
+    flips = tta.flips_from_config(cfg)  # test-time augmentation, as in `evaluate`
     for current in splits:
-        out = predict(task, _loader(dm, current), accelerator)
+        out = tta.predict(task, _loader(dm, current), accelerator, flips)
         ids = _ids(dm, current, len(out["probs"]))
         pred = labels_from_probs(out["probs"], task.task_type, threshold)
         labelled = current != SUBMISSION_SPLIT
