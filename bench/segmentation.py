@@ -92,13 +92,9 @@ def main() -> int:
         run([*medpipe, "evaluate", *overrides], env, log)
         total_s = time.perf_counter() - start
         metrics = json.loads((OUT / "metrics" / f"{name}.json").read_text())
-        ckpt = OUT / "models" / name / "last.ckpt"
-        epochs = None
-        if ckpt.is_file():
-            import torch
-
-            epochs = torch.load(ckpt, map_location="cpu", weights_only=False).get("epoch")
-        rows.append((name, metrics, train_s, total_s, None if epochs is None else epochs + 1))
+        summary = OUT / "models" / name / "summary.json"  # written by `medpipe train`
+        epochs = json.loads(summary.read_text()).get("epochs") if summary.is_file() else None
+        rows.append((name, metrics, train_s, total_s, epochs))
         (OUT / f"{name}.summary.json").write_text(
             json.dumps({"metrics": metrics, "train_s": train_s, "total_s": total_s}, indent=2)
         )
