@@ -442,13 +442,60 @@ def test_augmentation_never_alters_the_cache() -> None:
     assert np.array_equal(images, before) and x.shape == (8, 3, 4, 4)
 
 
-def test_other_transforms_fall_back_to_albumentations(tmp_path: Path) -> None:
+def test_train_augment_split_into_batched_prefix_and_per_image_rest(tmp_path: Path) -> None:
     import albumentations as A
 
-    dm = _dm(tmp_path, train_augment=[{"name": "RandomBrightnessContrast", "p": 1.0}])
-    assert isinstance(dm.train_augment, A.Compose)
     dm = _dm(tmp_path, train_augment=[{"name": "HorizontalFlip", "p": 0.5}])
-    assert isinstance(dm.train_augment, malaria.BatchDihedral)
+    aug = dm.train_augment
+    assert isinstance(aug, malaria.BatchAugment) and aug.per_image is None
+    assert [type(s) for s in aug.batch_steps] == [malaria.BatchDihedral]
+    specs = [
+        {"name": "HorizontalFlip", "p": 0.5},
+        {"name": "VerticalFlip", "p": 0.5},
+        {"name": "RandomBrightnessContrast", "p": 0.8},
+        {"name": "Affine", "rotate": [-20, 20], "p": 0.7},
+        {"name": "RandomRotate90", "p": 1.0},  # after Affine: stays per image, order kept
+    ]
+    aug = _dm(tmp_path, train_augment=specs).train_augment
+    assert [type(s) for s in aug.batch_steps] == [
+        malaria.BatchDihedral,
+        malaria.BatchBrightnessContrast,
+    ]
+    assert [type(t).__name__ for t in aug.per_image.transforms] == ["Affine", "RandomRotate90"]
+    assert isinstance(aug.per_image, A.Compose)
+    # a brightness/contrast option the batch path does not know goes to albumentations
+    aug = _dm(
+        tmp_path,
+        train_augment=[{"name": "RandomBrightnessContrast", "ensure_safe_range": True}],
+    ).train_augment
+    assert aug.batch_steps == [] and isinstance(aug.per_image, A.Compose)
+    with pytest.raises(ConfigError, match="data.train_augment"):
+        _dm(tmp_path, train_augment=[{"name": "RandomBrightnessContrast", "bogus": 1}])
+
+
+def test_batch_brightness_contrast_matches_albumentations() -> None:
+    import albumentations as A
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (64, 6, 6, 3), dtype=np.uint8)
+    step = malaria.BatchBrightnessContrast(brightness_limit=0.3, contrast_limit=(-0.1, 0.4), p=0.6)
+    np.random.seed(5)
+    out = step(imgs.copy())
+    np.random.seed(5)  # replay the draws: hit mask, then alpha and beta for every image
+    hit = np.random.random_sample(64) < 0.6
+    alpha = 1.0 + np.random.uniform(-0.1, 0.4, 64)
+    beta = np.random.uniform(-0.3, 0.3, 64)
+    reference = A.RandomBrightnessContrast(p=1.0)
+    changed = 0
+    for i in range(64):
+        if hit[i]:
+            want = reference.apply(imgs[i], alpha=float(alpha[i]), beta=float(beta[i]) * 255)
+            changed += int(not np.array_equal(want, imgs[i]))
+        else:
+            want = imgs[i]
+        assert np.abs(out[i].astype(int) - want.astype(int)).max() <= 1, i
+    assert 20 < hit.sum() < 60 and changed > 15
+    assert out.dtype == np.uint8
 
 
 def test_albumentations_augmentation_repeats_for_a_seed(tmp_path: Path) -> None:

@@ -68,6 +68,26 @@ def test_registry_offline_build_with_linear_probe() -> None:
     assert all(not p.requires_grad for p in model.backbone_parameters())
 
 
+def test_fresh_head_starts_near_zero_on_pretrained_features() -> None:
+    """timm's own EfficientNet head init (U(-1, 1) for one logit) gives |logit| ~ 10 here."""
+    torch.manual_seed(0)
+    model = build_model(
+        "timm", in_channels=3, num_classes=1, backbone="efficientnet_lite0", pretrained="offline"
+    )
+    assert float(model.head.weight.std()) < 0.02
+    assert torch.count_nonzero(model.head.bias) == 0
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(8, 3, 64, 64))
+    assert float(logits.abs().max()) < 1.0
+    # the pretrained backbone is untouched: its features are far from zero
+    with torch.no_grad():
+        features = model.net.forward_head(
+            model.net.forward_features(torch.randn(8, 3, 64, 64)), pre_logits=True
+        )
+    assert float(features.abs().mean()) > 0.05
+
+
 def test_one_channel_stem_is_rgb_sum_and_matches_replicated_grey() -> None:
     rgb = build_timm_classifier(
         backbone="efficientnet_lite0", in_channels=3, num_classes=1000, pretrained="offline"

@@ -27,7 +27,7 @@ def datamodule(tmp_path_factory, shared_data):
     return MedMNISTDataModule(flag="breastmnist", root=root, batch_size=32)
 
 
-def _checkpoint(tmp_path, dm, model: dict) -> str:
+def _checkpoint(tmp_path, dm, model: dict, **hparams) -> str:
     """A real (one-step) training run of ``model`` on BreastMNIST, saved by Lightning."""
     L.seed_everything(0)
     task = ClassificationTask(
@@ -36,6 +36,7 @@ def _checkpoint(tmp_path, dm, model: dict) -> str:
         num_classes=dm.num_classes,
         in_channels=dm.channels,
         class_names=dm.class_names,
+        **hparams,
     )
     trainer = L.Trainer(
         max_steps=1,
@@ -104,6 +105,17 @@ def test_torchscript_matches_pytorch_and_defaults_beside_the_checkpoint(datamodu
     ref_logits, ref_probs = _reference(ckpt, x)
     assert (logits - ref_logits).abs().max() < TOL
     assert (probs - ref_probs).abs().max() < TOL
+
+
+def test_input_size_recorded_at_training_needs_no_flag(datamodule, tmp_path):
+    """Checkpoints from `medpipe train` record data.size (tasks' input_size hparam)."""
+    import onnx
+
+    ckpt = _checkpoint(tmp_path, datamodule, {"name": "lenet5"}, input_size=28)
+    out = tmp_path / "model.onnx"
+    assert main(["export", ckpt, "--format", "onnx", "--output", str(out)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["input_shape"]) == ["batch", 1, 28, 28]
 
 
 def test_loaded_like_evaluate_loads_it(cnn_ckpt, datamodule):

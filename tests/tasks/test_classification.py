@@ -11,7 +11,12 @@ from torch import nn
 
 from medpipe.data.medmnist import MedMNISTDataModule
 from medpipe.errors import ConfigError
-from medpipe.tasks.classification import ClassificationTask, build_loss
+from medpipe.tasks.classification import (
+    ClassificationTask,
+    balanced_class_weights,
+    build,
+    build_loss,
+)
 
 
 def _task(task_type="binary-class", num_classes=2, **kw) -> ClassificationTask:
@@ -44,6 +49,39 @@ def test_bad_config_values():
         _task(class_weights=[1.0, 2.0, 3.0])
     with pytest.raises(ConfigError, match="model.name='vgg99'"):
         _task(model={"name": "vgg99"})
+
+
+def test_balanced_class_weights_match_sklearn_and_per_label_ratio():
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.array([0, 0, 0, 1, 2, 2, 0, 1, 0, 0])
+    want = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    assert balanced_class_weights(y[:, None], 3, "multi-class") == pytest.approx(want)
+    multi = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])  # label 2 has no positives
+    assert balanced_class_weights(multi, 3, "multi-label") == pytest.approx([1 / 3, 3.0, 1.0])
+    with pytest.raises(ConfigError, match=r"class\(es\) \[1\] have no training sample"):
+        balanced_class_weights(np.array([0, 2, 2]), 3, "multi-class")
+    with pytest.raises(ConfigError, match="labels go up to 3"):
+        balanced_class_weights(np.array([0, 3]), 2, "binary-class")
+
+
+def test_build_with_balanced_weights_sets_pos_weight(tmp_path, shared_data):
+    from omegaconf import OmegaConf
+
+    from medpipe.config import compose
+
+    root = tmp_path / "breastmnist"
+    root.mkdir()
+    shutil.copyfile(shared_data / "medmnist" / "breastmnist.npz", root / "breastmnist.npz")
+    cfg = compose(["data=breastmnist", "model=cnn", f"data.root={root}"])
+    assert OmegaConf.select(cfg, "task.class_weights") == "balanced"  # the default
+    dm = MedMNISTDataModule(flag="breastmnist", root=root, batch_size=32)
+    task = build(cfg, dm)
+    y = dm.datasets["train"].labels.reshape(-1)
+    # n / (2 n1) over n / (2 n0) = n0 / n1
+    assert float(task.criterion.pos_weight) == pytest.approx((y == 0).sum() / (y == 1).sum())
+    assert task.hparams.input_size == 28  # data.size, recorded for `medpipe export`
 
 
 def test_short_real_fit_loss_falls(tmp_path, shared_data):

@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from medpipe.data.base import LoaderOptions, check_mean_std
 from medpipe.data.sources import RemoteFile, fetch_file, resolve_mirror
 from medpipe.data.splits import SPLIT_NAMES, SplitSpec, assert_no_group_leak, malaria_patient_ids
 from medpipe.data.transforms import build_transform
@@ -362,6 +363,111 @@ class BatchDihedral:
         return imgs
 
 
+class BatchBrightnessContrast:
+    """albumentations' ``RandomBrightnessContrast`` with its own draw per image, on a batch.
+
+    Written by hand because albumentations' batch path (``apply_to_images``) draws one
+    alpha/beta for the whole batch, and per-image calls cost more than the arithmetic. Same
+    parameters and uint8 result as albumentations (``clip(img * alpha + beta)``, truncated):
+    alpha = 1 + U(contrast_limit), beta = U(brightness_limit) x 255 (or x the image mean when
+    ``brightness_by_max`` is false), each image hit with probability ``p``.
+    """
+
+    NAME = "RandomBrightnessContrast"
+    KEYS = frozenset({"brightness_limit", "contrast_limit", "brightness_by_max", "p"})
+
+    def __init__(
+        self,
+        brightness_limit: float | Sequence[float] = 0.2,
+        contrast_limit: float | Sequence[float] = 0.2,
+        brightness_by_max: bool = True,
+        p: float = 0.5,
+    ) -> None:
+        def limits(v: float | Sequence[float]) -> tuple[float, float]:
+            lo, hi = (-float(v), float(v)) if isinstance(v, int | float) else map(float, v)
+            return lo, hi
+
+        self.brightness = limits(brightness_limit)
+        self.contrast = limits(contrast_limit)
+        self.by_max = bool(brightness_by_max)
+        self.p = float(p)
+
+    def __call__(self, imgs: np.ndarray) -> np.ndarray:
+        if imgs.dtype != np.uint8:
+            raise ValueError(f"{self.NAME} batch path expects uint8 images, got {imgs.dtype}")
+        n = len(imgs)
+        hit = np.random.random_sample(n) < self.p
+        alpha = (1.0 + np.random.uniform(*self.contrast, n)).astype(np.float32)
+        beta = np.random.uniform(*self.brightness, n).astype(np.float32)
+        if not hit.any():
+            return imgs
+        sub = imgs[hit].astype(np.float32)
+        shape = (-1,) + (1,) * (imgs.ndim - 1)
+        scale = np.float32(255.0) if self.by_max else sub.reshape(len(sub), -1).mean(axis=1)
+        sub *= alpha[hit].reshape(shape)
+        sub += (beta[hit] * scale).reshape(shape)
+        imgs[hit] = np.clip(sub, 0, 255).astype(np.uint8)
+        return imgs
+
+
+class BatchAugment:
+    """``data.train_augment`` split into a batched prefix and a per-image albumentations rest.
+
+    The leading flips, quarter turns and brightness/contrast steps run on the whole batch
+    (:class:`BatchDihedral`, :class:`BatchBrightnessContrast`); from the first other transform
+    on, the remaining steps run per image through albumentations, so the configured order is
+    kept.
+    """
+
+    def __init__(
+        self, batch_steps: Sequence[Callable[[np.ndarray], np.ndarray]], per_image: A.Compose | None
+    ) -> None:
+        self.batch_steps = list(batch_steps)
+        self.per_image = per_image
+
+    @classmethod
+    def from_config(cls, specs: Sequence[Mapping[str, Any]]) -> BatchAugment | None:
+        """Build from transform specs; None when ``specs`` is empty."""
+        specs = [dict(s) for s in specs]
+        steps: list[Callable[[np.ndarray], np.ndarray]] = []
+        i = 0
+        while i < len(specs):
+            spec = specs[i]
+            dihedral = BatchDihedral.from_config([spec])
+            if dihedral is not None:
+                if steps and isinstance(steps[-1], BatchDihedral):
+                    steps[-1].steps.extend(dihedral.steps)
+                else:
+                    steps.append(dihedral)
+            elif spec.get("name") == BatchBrightnessContrast.NAME and set(spec) - {"name"} <= (
+                BatchBrightnessContrast.KEYS
+            ):
+                # validated by albumentations itself first (bad limits fail the same way)
+                build_transform(spec, option="data.train_augment")
+                steps.append(
+                    BatchBrightnessContrast(**{k: v for k, v in spec.items() if k != "name"})
+                )
+            else:
+                break
+            i += 1
+        rest = specs[i:]
+        if not steps and not rest:
+            return None
+        per_image = (
+            A.Compose([build_transform(s, option="data.train_augment") for s in rest])
+            if rest
+            else None
+        )
+        return cls(steps, per_image)
+
+    def __call__(self, imgs: np.ndarray) -> np.ndarray:
+        for step in self.batch_steps:
+            imgs = step(imgs)
+        if self.per_image is not None:
+            imgs = np.stack([self.per_image(image=im)["image"] for im in imgs])
+        return imgs
+
+
 class CachedImageDataset(Dataset):
     """uint8 images ``(N, H, W, C)`` + labels; batches are cut and normalised in one go.
 
@@ -378,7 +484,7 @@ class CachedImageDataset(Dataset):
         *,
         mean: Sequence[float],
         std: Sequence[float],
-        augment: A.Compose | BatchDihedral | None = None,
+        augment: BatchAugment | BatchDihedral | A.Compose | None = None,
     ) -> None:
         if images.ndim != 4:
             raise ValueError(f"images must be (N, H, W, C), got {images.shape}")
@@ -394,14 +500,17 @@ class CachedImageDataset(Dataset):
     def _batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(indices, dtype=np.int64)
         imgs = self.images[idx]  # a copy: augmentation never touches the cache
-        if isinstance(self.augment, BatchDihedral):
+        per_image = self.augment
+        if isinstance(self.augment, BatchAugment):
+            per_image = self.augment.per_image
+        if isinstance(per_image, A.Compose) and self._seeded_pid != os.getpid():
+            # albumentations draws its own seed from the OS unless given one: derive it from
+            # np.random, which Lightning seeds per process and per worker, so that runs repeat.
+            per_image.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
+            self._seeded_pid = os.getpid()
+        if isinstance(self.augment, BatchAugment | BatchDihedral):
             imgs = self.augment(imgs)
         elif self.augment is not None:
-            if self._seeded_pid != os.getpid():
-                # albumentations draws its own seed from the OS unless given one: derive it from
-                # np.random, which Lightning seeds per process and per worker, so that runs repeat.
-                self.augment.set_random_seed(int(np.random.randint(0, 2**31 - 1)))
-                self._seeded_pid = os.getpid()
             imgs = np.stack([self.augment(image=im)["image"] for im in imgs])
         x = np.ascontiguousarray(imgs.transpose(0, 3, 1, 2)).astype(np.float32)
         x -= self.mean
@@ -448,7 +557,7 @@ def load_npz(path: Path, keys: Iterable[str], *, hint: str) -> dict[str, np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-class CachedImageDataModule(L.LightningDataModule):
+class CachedImageDataModule(LoaderOptions, L.LightningDataModule):
     """Common options and loaders of DataModules serving a prepared uint8 image cache.
 
     Subclasses fill ``self.datasets`` (``train``/``val``/``test``) and ``self.ids`` (one id per
@@ -478,10 +587,7 @@ class CachedImageDataModule(L.LightningDataModule):
             raise ConfigError(f"data.size={size!r} must be an integer in [8, 1024] (pixels)")
         if channels not in (1, 3):
             raise ConfigError(f"data.channels={channels!r}: use 3 (RGB) or 1 (grey)")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
+        self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers)
         self.size, self.channels = int(size), int(channels)
         self.on_bad_image = check_on_bad_image(on_bad_image)
         try:
@@ -491,25 +597,10 @@ class CachedImageDataModule(L.LightningDataModule):
                 f"data.split: {exc}; keys are method, val_fraction, test_fraction, seed, "
                 "n_folds, fold"
             ) from exc
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
-        default = (0.5,) * self.channels
-        self.mean = tuple(float(v) for v in mean) if mean is not None else default
-        self.std = tuple(float(v) for v in std) if std is not None else default
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConfigError(
-                f"data.mean/data.std need {self.channels} values (one per channel), "
-                f"got {list(self.mean)} / {list(self.std)}"
-            )
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"data.std={list(self.std)} must be positive")
+        self.mean, self.std = check_mean_std(mean, std, self.channels)
         # Built now so that a bad transform name fails before any data is read.
         specs = list(train_augment or [])
-        self.train_augment: A.Compose | BatchDihedral | None = None
-        if specs:
-            pipeline = A.Compose([build_transform(s, option="data.train_augment") for s in specs])
-            self.train_augment = BatchDihedral.from_config(specs) or pipeline
+        self.train_augment = BatchAugment.from_config(specs)
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
         self.datasets: dict[str, CachedImageDataset] = {}
@@ -534,19 +625,8 @@ class CachedImageDataModule(L.LightningDataModule):
     def dataloader(self, split: str, *, shuffle: bool = False) -> DataLoader:
         """Loader of any split this DataModule holds (``train``, ``val``, ``test``, ...)."""
         self.setup()
-        if split not in self.datasets:
-            raise ConfigError(
-                f"split {split!r} does not exist for data={type(self).__name__}; use one of "
-                f"{sorted(self.datasets)}"
-            )
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            collate_fn=batched_collate,
+        return self.split_loader(
+            split, data=type(self).__name__, shuffle=shuffle, collate_fn=batched_collate
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medpipe.data.base import LoaderOptions, check_mean_std
 from medpipe.data.sources import RemoteFile, fetch_files
 from medpipe.data.transforms import build_pipeline
 from medpipe.errors import ConfigError, DataError
@@ -113,7 +114,7 @@ class ArrayDataset(Dataset):
         return x, torch.as_tensor(self.labels[idx])
 
 
-class MedMNISTDataModule(L.LightningDataModule):
+class MedMNISTDataModule(LoaderOptions, L.LightningDataModule):
     """Official train/val/test splits of one MedMNIST 2D flag at one size.
 
     The task type comes from ``medmnist.INFO``; labels are returned as ``long`` class indices for
@@ -153,21 +154,8 @@ class MedMNISTDataModule(L.LightningDataModule):
         self.channels = int(channels) if channels else native
         if self.channels not in (1, 3):
             raise ConfigError(f"data.channels={channels!r}: use 1 (grey), 3 (RGB) or null (native)")
-        if batch_size < 1:
-            raise ConfigError(f"data.batch_size={batch_size} must be >= 1")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be >= 0")
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
-        default = (0.5,) * self.channels
-        self.mean = tuple(mean) if mean is not None else default
-        self.std = tuple(std) if std is not None else default
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConfigError(
-                f"data.mean/data.std need {self.channels} values (one per channel), "
-                f"got {list(self.mean)} / {list(self.std)}"
-            )
+        self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers)
+        self.mean, self.std = check_mean_std(mean, std, self.channels)
         # Built now so that a bad transform name fails before any data is read.
         self.train_transform = build_pipeline(train_augment, mean=self.mean, std=self.std)
         self.eval_transform = build_pipeline(None, mean=self.mean, std=self.std)
@@ -214,14 +202,7 @@ class MedMNISTDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self.setup()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
+        return self.split_loader(split, data=self.flag, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

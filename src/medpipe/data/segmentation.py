@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from medpipe.data.base import LoaderOptions, check_mean_std
 from medpipe.data.sources import RemoteFile, fetch_file, fetch_files, resolve_mirror
 from medpipe.data.splits import SPLIT_NAMES, SplitSpec
 from medpipe.data.transforms import build_pipeline
@@ -411,7 +412,7 @@ def _parse_size(size: Any) -> tuple[int, int]:
     return h, w
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(LoaderOptions, L.LightningDataModule):
     """Base for image + mask datasets; subclasses implement :meth:`discover` and the upstream.
 
     Subclass hooks: ``discover()`` (samples from ``root``, raising DataError for layout problems),
@@ -475,21 +476,8 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         self.mask_size_mismatch = mask_size_mismatch
         self.invert_mask = bool(invert_mask)
-        if batch_size < 1 or num_workers < 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} must be >= 1 and data.num_workers={num_workers} >= 0"
-            )
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
-        default = (0.5,) * self.channels
-        self.mean = tuple(mean) if mean is not None else default
-        self.std = tuple(std) if std is not None else default
-        if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ConfigError(
-                f"data.mean/data.std need {self.channels} values (one per channel), "
-                f"got {list(self.mean)} / {list(self.std)}"
-            )
+        self.set_loader_options(batch_size, num_workers, pin_memory, persistent_workers)
+        self.mean, self.std = check_mean_std(mean, std, self.channels)
         self.split_spec = SplitSpec(**dict(split or {}))
         empty = dict(empty_slices or {})
         self.empty_policy = str(empty.pop("policy", "keep"))
@@ -848,20 +836,9 @@ class SegmentationDataModule(L.LightningDataModule):
     def loader(self, split: str, *, shuffle: bool = False) -> DataLoader:
         """DataLoader over ``split`` (train/val/test, or ``unlabelled`` where a dataset has it)."""
         self.setup()
-        if split not in self.datasets:
-            raise ConfigError(
-                f"split {split!r} does not exist for data={self.name}; use one of "
-                f"{sorted(self.datasets)}"
-            )
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
-        )
+        dataset = self.datasets.get(split)
+        drop_last = shuffle and dataset is not None and len(dataset) > self.batch_size
+        return self.split_loader(split, data=self.name, shuffle=shuffle, drop_last=drop_last)
 
     def dataloader(self, split: str) -> DataLoader:
         """Unshuffled loader over ``split`` (what ``medpipe predict --split`` uses)."""

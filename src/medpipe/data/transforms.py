@@ -12,6 +12,7 @@ conversion to a CHW float tensor.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,16 @@ def build_transform(
             f"{option}: {name!r} is not an albumentations transform "
             "(use the class name, e.g. HorizontalFlip, Affine, RandomBrightnessContrast)"
         )
+    # albumentations 2 only warns about unknown arguments and ignores them: a typo would
+    # silently train with the default, so unknown names are an error here.
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(spec) - set(params) - {"self"})
+        if unknown:
+            valid = ", ".join(k for k in params if k != "self")
+            raise ConfigError(
+                f"{option}: {name} has no argument(s) {', '.join(unknown)}; valid: {valid}"
+            )
     try:
         return cls(**spec)
     except (TypeError, ValueError) as exc:

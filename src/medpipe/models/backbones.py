@@ -214,6 +214,21 @@ def adapt_stem(net: nn.Module, in_channels: int, stem_name: str | None = None) -
     conv.in_channels = in_channels
 
 
+def init_head(head: nn.Module) -> None:
+    """Start a fresh linear head near zero (weights N(0, 0.01), bias 0).
+
+    timm initialises EfficientNet-style heads with U(-1/sqrt(fan_out), +), i.e. U(-1, 1) for one
+    binary logit: on 1280 pretrained features that gives initial logits of magnitude ~10, so the
+    first epochs only undo the initial over-confidence (a linear probe never recovers within a
+    short budget). A near-zero head starts at p = 0.5. A checkpoint loaded afterwards that has a
+    matching head overrides this.
+    """
+    if isinstance(head, nn.Linear):
+        nn.init.normal_(head.weight, std=0.01)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+
+
 def build_timm_classifier(
     *,
     backbone: str,
@@ -243,6 +258,7 @@ def build_timm_classifier(
     model = TimmClassifier(
         net, backbone=backbone, in_channels=in_channels, num_classes=num_classes, pretrained=spec
     )
+    init_head(model.head)
     adapt_stem(net, in_channels, model.stem_name)
     model.load_report = load_pretrained(
         net, spec, backbone=backbone, head_name=model.head_name, stem_name=model.stem_name

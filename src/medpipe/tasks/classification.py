@@ -39,6 +39,7 @@ from medpipe.evaluation.metrics import (
 from medpipe.models.finetuning import GradualUnfreeze, finetune_param_groups
 from medpipe.models.registry import build_model
 from medpipe.models.weights import imagenet_normalization, implies_imagenet_normalization
+from medpipe.tasks.factory import recorded_input_size
 from medpipe.tasks.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,10 @@ class ClassificationTask(L.LightningModule):
         class_names: Sequence[str] | None = None,
         threshold: float = 0.5,
         input_renorm: Mapping[str, Sequence[float]] | None = None,
+        input_size: int | None = None,
     ) -> None:
+        # input_size (data.size at training) is only recorded, in the checkpoint's hparams, so
+        # that `medpipe export` knows the input shape without being told.
         super().__init__()
         if task_type not in TASK_TYPES:
             raise ConfigError(f"task type {task_type!r} is unknown; use one of {TASK_TYPES}")
@@ -262,11 +266,35 @@ class ClassificationTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-def balanced_class_weights(labels: Any, num_classes: int) -> list[float]:
-    """sklearn's 'balanced' weights n / (k * count_c) from the training labels."""
-    counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes).astype(float)
+def balanced_class_weights(labels: Any, num_classes: int, task_type: str = "") -> list[float]:
+    """``task.class_weights=balanced`` from the training labels.
+
+    Single-label tasks: sklearn's 'balanced' weights n / (k * count_c). Multi-label: one
+    BCE ``pos_weight`` per label, negatives / positives, which balances each label's two classes
+    the same way (a label without positives or negatives keeps weight 1).
+    """
+    labels = np.asarray(labels)
+    if task_type == MULTILABEL:
+        if labels.ndim != 2 or labels.shape[1] != num_classes:
+            raise ConfigError(
+                f"task.class_weights=balanced: multi-label targets must be (N, {num_classes}), "
+                f"got {labels.shape}"
+            )
+        pos = labels.sum(axis=0).astype(float)
+        neg = len(labels) - pos
+        return np.where((pos > 0) & (neg > 0), neg / np.maximum(pos, 1), 1.0).tolist()
+    counts = np.bincount(labels.reshape(-1), minlength=num_classes).astype(float)
+    if len(counts) != num_classes:
+        raise ConfigError(
+            f"task.class_weights=balanced: labels go up to {len(counts) - 1}, but the data has "
+            f"{num_classes} classes"
+        )
     if (counts == 0).any():
-        raise ConfigError("task.class_weights=balanced: a class has no training sample")
+        missing = [int(c) for c in np.flatnonzero(counts == 0)]
+        raise ConfigError(
+            f"task.class_weights=balanced: class(es) {missing} have no training sample; "
+            "set task.class_weights=null or give explicit weights"
+        )
     return (counts.sum() / (num_classes * counts)).tolist()
 
 
@@ -277,7 +305,7 @@ def build(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
     weights = task_cfg.get("class_weights")
     if weights == "balanced":
         dm.setup("fit")
-        weights = balanced_class_weights(dm.datasets["train"].labels, dm.num_classes)
+        weights = balanced_class_weights(dm.datasets["train"].labels, dm.num_classes, dm.task_type)
     elif isinstance(weights, str):
         raise ConfigError(f"task.class_weights={weights!r}: use null, balanced, or a list")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -293,6 +321,7 @@ def build(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
         class_names=list(dm.class_names),
         threshold=float(task_cfg.get("threshold", 0.5)),
         input_renorm=imagenet_renorm(model_cfg, dm),
+        input_size=recorded_input_size(cfg),
     )
 
 

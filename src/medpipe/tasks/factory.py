@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medpipe.errors import ConfigError
 
@@ -40,3 +40,9 @@ def build_task(cfg: DictConfig, dm: L.LightningDataModule) -> L.LightningModule:
 def task_class(cfg: DictConfig) -> type[L.LightningModule]:
     """The LightningModule class (for ``load_from_checkpoint``)."""
     return _module(task_kind(cfg)).TASK_CLASS
+
+
+def recorded_input_size(cfg: DictConfig) -> int | None:
+    """``data.size`` (square inputs) for a task's hparams, so ``medpipe export`` finds it."""
+    size = OmegaConf.select(cfg, "data.size", default=None)
+    return int(size) if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None

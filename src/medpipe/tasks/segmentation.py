@@ -31,6 +31,7 @@ from torchmetrics import Metric
 from medpipe.errors import ConfigError
 from medpipe.evaluation.segmentation_metrics import ISIC_JACCARD_CUTOFF, SegmentationMetrics
 from medpipe.models.registry import build_model
+from medpipe.tasks.factory import recorded_input_size
 from medpipe.tasks.optim import build_optimizer, build_scheduler
 
 BINARY_LOSSES = ("dice", "bce", "dice_bce", "focal", "lovasz")
@@ -146,7 +147,9 @@ class SegmentationTask(L.LightningModule):
         jaccard_cutoff: float = ISIC_JACCARD_CUTOFF,
         monitor: str = "val/dice_micro",
         overlays: Mapping[str, Any] | None = None,
+        input_size: int | None = None,
     ) -> None:
+        # input_size: data.size at training, recorded for `medpipe export` (see ClassificationTask)
         super().__init__()
         if mask_mode not in ("binary", "multiclass"):
             raise ConfigError(f"mask mode {mask_mode!r}: use binary or multiclass")
@@ -293,6 +296,7 @@ def build(cfg: DictConfig, dm: L.LightningDataModule) -> SegmentationTask:
         jaccard_cutoff=float(task_cfg.get("jaccard_cutoff", ISIC_JACCARD_CUTOFF)),
         monitor=str(task_cfg.get("monitor", "val/dice_micro")),
         overlays=task_cfg.get("overlays"),
+        input_size=recorded_input_size(cfg),
     )
 
 
