@@ -123,8 +123,15 @@ def test_headline_metrics_match_sklearn(run, outputs):
     }
     for key, value in expected.items():
         assert m[key] == pytest.approx(value, abs=1e-5), key
+    # the training objective: BCE with pos_weight = w1 / w0 (task.class_weights, default
+    # balanced: n / (2 n_c) over the training labels -> n0 / n1)
+    train_y = np.load(Path(run["cfg"].data.root) / "breastmnist.npz")["train_labels"].reshape(-1)
+    pos_weight = (train_y == 0).sum() / (train_y == 1).sum()
+    assert run["cfg"].task.class_weights == "balanced"
     loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        torch.tensor(test["logits"]).reshape(-1), torch.tensor(y).float()
+        torch.tensor(test["logits"]).reshape(-1),
+        torch.tensor(y).float(),
+        pos_weight=torch.tensor([pos_weight], dtype=torch.float32),
     )
     assert m["loss"] == pytest.approx(float(loss), abs=1e-5)
     f1_per_class = skm.f1_score(y, pred, average=None, zero_division=0)

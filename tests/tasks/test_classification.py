@@ -82,6 +82,9 @@ def test_build_with_balanced_weights_sets_pos_weight(tmp_path, shared_data):
     # n / (2 n1) over n / (2 n0) = n0 / n1
     assert float(task.criterion.pos_weight) == pytest.approx((y == 0).sum() / (y == 1).sum())
     assert task.hparams.input_size == 28  # data.size, recorded for `medpipe export`
+    # the weights are in the hparams, so a checkpoint rebuilds the same loss
+    rebuilt = ClassificationTask(**task.hparams)
+    assert float(rebuilt.criterion.pos_weight) == pytest.approx(float(task.criterion.pos_weight))
 
 
 def test_short_real_fit_loss_falls(tmp_path, shared_data):

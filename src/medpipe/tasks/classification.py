@@ -175,6 +175,14 @@ class ClassificationTask(L.LightningModule):
                 # Not persistent: recomputed from the hyper-parameters on load.
                 self.register_buffer(f"input_{key}", values.view(shape), persistent=False)
 
+    def set_class_weights(self, class_weights: Sequence[float] | None) -> None:
+        """Replace the loss weights (``balanced`` ones are known only once data is read).
+
+        Recorded in the hyper-parameters, so a checkpoint rebuilds the same loss.
+        """
+        self.criterion = build_loss(self.task_type, self.num_classes, class_weights)
+        self.hparams["class_weights"] = None if class_weights is None else list(class_weights)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.renorm:
             x = x * self.input_scale + self.input_shift
@@ -303,26 +311,31 @@ def build(cfg: DictConfig, dm: L.LightningDataModule) -> ClassificationTask:
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
     assert isinstance(task_cfg, dict)
     weights = task_cfg.get("class_weights")
-    if weights == "balanced":
-        dm.setup("fit")
-        weights = balanced_class_weights(dm.datasets["train"].labels, dm.num_classes, dm.task_type)
-    elif isinstance(weights, str):
+    balanced = weights == "balanced"
+    if isinstance(weights, str) and not balanced:
         raise ConfigError(f"task.class_weights={weights!r}: use null, balanced, or a list")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     assert isinstance(model_cfg, dict)
-    return ClassificationTask(
+    # Built before any data is read, so a bad model/optimizer value fails first; "balanced"
+    # weights need the training labels and are set afterwards.
+    task = ClassificationTask(
         model=model_cfg,
         task_type=dm.task_type,
         num_classes=dm.num_classes,
         in_channels=dm.channels,
         optimizer=task_cfg.get("optimizer"),
         scheduler=task_cfg.get("scheduler"),
-        class_weights=weights,
+        class_weights=None if balanced else weights,
         class_names=list(dm.class_names),
         threshold=float(task_cfg.get("threshold", 0.5)),
         input_renorm=imagenet_renorm(model_cfg, dm),
         input_size=recorded_input_size(cfg),
     )
+    if balanced:
+        dm.setup("fit")
+        labels = dm.datasets["train"].labels
+        task.set_class_weights(balanced_class_weights(labels, dm.num_classes, dm.task_type))
+    return task
 
 
 def imagenet_renorm(
