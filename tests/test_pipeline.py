@@ -103,3 +103,24 @@ def test_dvc_exp_run_with_hydra_override(repo_copy):
     metrics = json.loads((repo / "metrics" / "pneumoniamnist_lenet5.json").read_text())
     assert 0.0 <= metrics["roc_auc"] <= 1.0
     assert "name: lenet5" in (repo / "params.yaml").read_text()
+
+
+def test_python_bytecode_is_not_a_pipeline_change(tmp_path):
+    """`src/medpipe` is a stage dependency: its __pycache__ must not enter the hash, or the
+    committed dvc.lock would look stale on every other machine and Python version."""
+    result = subprocess.run(
+        ["dvc", "check-ignore", "src/medpipe/__pycache__/cli.cpython-311.pyc", "src/medpipe/x.pyc"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "src/medpipe/__pycache__/cli.cpython-311.pyc",
+        "src/medpipe/x.pyc",
+    ]
+    kept = subprocess.run(
+        ["dvc", "check-ignore", "src/medpipe/cli.py"], cwd=REPO, capture_output=True, check=False
+    )
+    assert kept.returncode == 1  # not ignored
