@@ -348,14 +348,8 @@ def test_kaggle_is_imported_lazily(module: types.ModuleType) -> None:
 
 
 @pytest.fixture
-def kaggle_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    return home
+def kaggle_env(kaggle_home: Path) -> Path:
+    return kaggle_home
 
 
 def test_kaggle_source_without_credentials(tmp_path: Path, kaggle_env: Path) -> None:

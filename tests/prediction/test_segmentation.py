@@ -23,13 +23,7 @@ from tests.data.test_segmentation import isbi_dm, make_isbi, write_png
 SMALL_UNET = {"name": "unet", "pretrained": None, "decoder_channels": [8, 8, 8, 8, 8]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads per process thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(tmp_path: Path, header=("ImageId", "EncodedPixels")):

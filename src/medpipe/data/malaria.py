@@ -428,29 +428,14 @@ class BatchAugment:
     @classmethod
     def from_config(cls, specs: Sequence[Mapping[str, Any]]) -> BatchAugment | None:
         """Build from transform specs; None when ``specs`` is empty."""
-        specs = [dict(s) for s in specs]
+        rest = [dict(s) for s in specs]
         steps: list[Callable[[np.ndarray], np.ndarray]] = []
-        i = 0
-        while i < len(specs):
-            spec = specs[i]
-            dihedral = BatchDihedral.from_config([spec])
-            if dihedral is not None:
-                if steps and isinstance(steps[-1], BatchDihedral):
-                    steps[-1].steps.extend(dihedral.steps)
-                else:
-                    steps.append(dihedral)
-            elif spec.get("name") == BatchBrightnessContrast.NAME and set(spec) - {"name"} <= (
-                BatchBrightnessContrast.KEYS
-            ):
-                # validated by albumentations itself first (bad limits fail the same way)
-                build_transform(spec, option="data.train_augment")
-                steps.append(
-                    BatchBrightnessContrast(**{k: v for k, v in spec.items() if k != "name"})
-                )
+        while rest and (step := cls._batched(rest[0])) is not None:
+            rest.pop(0)
+            if isinstance(step, BatchDihedral) and steps and isinstance(steps[-1], BatchDihedral):
+                steps[-1].steps.extend(step.steps)  # consecutive flips/turns: one pass
             else:
-                break
-            i += 1
-        rest = specs[i:]
+                steps.append(step)
         if not steps and not rest:
             return None
         per_image = (
@@ -459,6 +444,20 @@ class BatchAugment:
             else None
         )
         return cls(steps, per_image)
+
+    @staticmethod
+    def _batched(spec: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The batch-wise equivalent of one transform spec, or None when there is none."""
+        dihedral = BatchDihedral.from_config([spec])
+        if dihedral is not None:
+            return dihedral
+        options = {k: v for k, v in spec.items() if k != "name"}
+        if spec.get("name") != BatchBrightnessContrast.NAME or not (
+            set(options) <= BatchBrightnessContrast.KEYS
+        ):
+            return None
+        build_transform(spec, option="data.train_augment")  # albumentations' own validation
+        return BatchBrightnessContrast(**options)
 
     def __call__(self, imgs: np.ndarray) -> np.ndarray:
         for step in self.batch_steps:
